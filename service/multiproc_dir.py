@@ -1,0 +1,88 @@
+"""The shared directory in which every worker keeps its metric files.
+
+prometheus_client's multiprocess mode gives each worker process its own
+memory-mapped files, named ``<type>_<pid>.db``, in ``PROMETHEUS_MULTIPROC_DIR``;
+a scrape merges them. This module finds or makes that directory, empties it
+when the arbiter starts, and owns the lock that keeps a scrape's view of the
+directory consistent while dead workers' files are folded away.
+
+Nothing here imports prometheus_client: ``gunicorn.conf.py`` uses this module
+in the arbiter before the variable is set, and prometheus_client decides on
+multiprocess mode when it is first imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LOCK_FILE_NAME = "directory.lock"
+
+
+def ensure_directory_env(environ: MutableMapping[str, str] | None = None) -> Path:
+    """Return the multiprocess directory, creating one if none is configured.
+
+    Without ``PROMETHEUS_MULTIPROC_DIR`` a private temporary directory is made
+    and the variable is set, so that the workers forked later inherit it.
+    """
+    environ = os.environ if environ is None else environ
+    configured = environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    path = Path(tempfile.mkdtemp(prefix="llm-token-metrics-"))
+    environ[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def empty_directory(path: Path) -> int:
+    """Remove the files a previous run left in ``path``; return how many."""
+    removed = 0
+    for entry in path.iterdir():
+        # Sockets and links too: only sub-directories, which no run makes, stay.
+        if not entry.is_dir() or entry.is_symlink():
+            entry.unlink()
+            removed += 1
+
+    return removed
+
+
+def check_writable(path: str | None) -> str | None:
+    """Return why metric files cannot be written to ``path``, or ``None``."""
+    if not path:
+        return f"{MULTIPROC_ENV} is not set"
+    if not os.path.isdir(path):
+        return f"the multiprocess directory {path} does not exist"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"the multiprocess directory {path} is not writable"
+
+    stats = os.statvfs(path)
+    if stats.f_bavail * stats.f_frsize < 1 << 20:
+        return f"the multiprocess directory {path} has less than 1 MiB free"
+
+    return None
+
+
+@contextlib.contextmanager
+def directory_lock(path: str | os.PathLike[str], exclusive: bool) -> Iterator[None]:
+    """Hold the directory lock: shared to read the files, exclusive to replace them.
+
+    Recording never takes this lock. Only two things do: a scrape, which
+    lists and reads the files under a shared lock, and the fold of a dead
+    worker's files into the archive, which swaps files under an exclusive
+    lock. A scrape therefore sees the directory either before or after a
+    fold, never in between, so it counts every event exactly once.
+    """
+    descriptor = os.open(Path(path) / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(descriptor)
