@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service import metrics
@@ -18,7 +18,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the application; load the settings from the environment if not given."""
     settings = settings or load_settings()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # One byte past the limit: a chunked body is cut at MAX_CONTENT_LENGTH
+    # without an error, so the view needs that byte to tell "too large" apart.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.extensions["llm_token_metrics"] = settings
 
     metrics.configure(settings)
@@ -35,14 +37,19 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
-    # Werkzeug's descriptions are whole sentences; the JSON body keeps them
-    # so that every error, routing ones included, has the same shape.
-    response = jsonify(error=_one_sentence(exc.description or exc.name))
+    # Routing and size errors come from Werkzeug; they get the same JSON
+    # shape as the API's own errors, with a sentence that says what to do.
     status = exc.code or 500
+    allowed = ", ".join(getattr(exc, "valid_methods", None) or [])
+    messages = {
+        404: "There is no endpoint at this path",
+        405: f"The method {request.method} is not allowed here; use {allowed}",
+        413: f"The body is larger than the limit of {MAX_BODY_BYTES} bytes",
+    }
+    response = jsonify(error=messages.get(status) or _one_sentence(exc.description))
 
-    if status == 405 and exc.response is None:
-        allowed = getattr(exc, "valid_methods", None) or []
-        response.headers["Allow"] = ", ".join(allowed)
+    if status == 405:
+        response.headers["Allow"] = allowed
 
     return response, status
 
@@ -52,5 +59,6 @@ def _unexpected_error(exc: Exception) -> tuple[Response, int]:
     return jsonify(error="The service failed to handle the request"), 500
 
 
-def _one_sentence(text: str) -> str:
-    return " ".join(text.split()).rstrip(".")
+def _one_sentence(text: str | None) -> str:
+    first = " ".join((text or "The request failed").split()).split(". ")[0]
+    return first.rstrip(".")

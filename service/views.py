@@ -6,6 +6,7 @@ import logging
 import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service import metrics
 from service.auth import bearer_token_matches
@@ -60,8 +61,10 @@ def post_usage() -> tuple[Response, int]:
             415,
         )
 
-    # get_data() raises a 413 past MAX_CONTENT_LENGTH before reading on.
     body = request.get_data(cache=False)
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+
     try:
         items = parse_usage(body, settings)
     except UsageError as exc:

@@ -186,3 +186,39 @@ def test_metrics_lists_the_contracted_names(service):
         value(parse_samples(text), "llm_tokens_total", provider="groq", type="output")
         == 97
     )
+
+
+def test_hostile_requests_over_http_get_4xx_and_record_nothing(service):
+    service.post({"provider": "groq", "input_tokens": 5, "output_tokens": 5})
+    before = service.scrape()
+    url = f"{service.url}/v1/usage"
+    headers = {"Content-Type": "application/json"}
+
+    def chunked_oversize():
+        for _ in range(40):
+            yield b" " * 65536
+
+    statuses = [
+        requests.post(
+            url, data=b" " * (2 << 20), headers=headers, timeout=10
+        ).status_code,
+        requests.post(
+            url, data=chunked_oversize(), headers=headers, timeout=10
+        ).status_code,
+        requests.post(
+            url, data=iter([b'{"provider": "groq", ']), headers=headers, timeout=10
+        ).status_code,
+        requests.post(
+            url, data=b"[" * 300_000, headers=headers, timeout=10
+        ).status_code,
+        requests.post(
+            url, data=b"\x00\xff" * 1000, headers=headers, timeout=10
+        ).status_code,
+        requests.delete(url, timeout=10).status_code,
+        requests.get(
+            f"{service.url}/metrics", headers={"Accept": "garbage/*;;;"}, timeout=10
+        ).status_code,
+    ]
+
+    assert statuses == [413, 413, 400, 400, 400, 405, 200]
+    assert service.scrape() == before
