@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from service.config import PROVIDER_NAME, QUOTA_TYPES, Settings, load_settings
+from service.multiproc_dir import shared_directory
+from service.quota_windows import QuotaWindows
 from service.validation import UsageItem, check_provider, check_tokens
 
 try:
@@ -132,18 +134,27 @@ _recorder_lock = threading.Lock()
 
 
 def configure(settings: Settings, windows: CallWindows | None = None) -> None:
-    """Set the settings (and quota windows) that the module-level calls use."""
+    """Set the settings and quota windows that the module-level calls use.
+
+    Without ``windows``, calls count towards quotas in this process's shared
+    directory (``service.multiproc_dir.shared_directory``).
+    """
     global _recorder  # noqa: PLW0603 - one recorder per process, by design
-    _recorder = TokenRecorder(settings, windows) if PROMETHEUS_AVAILABLE else None
+    if not PROMETHEUS_AVAILABLE:
+        _recorder = None
+        return
+
+    if windows is None:
+        windows = QuotaWindows(settings, shared_directory())
+    _recorder = TokenRecorder(settings, windows)
 
 
 def current_recorder() -> TokenRecorder | None:
     """Return this process's recorder, loading the settings on first use."""
-    global _recorder  # noqa: PLW0603 - one recorder per process, by design
     if _recorder is None and PROMETHEUS_AVAILABLE:
         with _recorder_lock:
             if _recorder is None:
-                _recorder = TokenRecorder(load_settings())
+                configure(load_settings())
 
     return _recorder
 

@@ -17,11 +17,15 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE_NAME = "directory.lock"
+
+_private_directory: Path | None = None
+_private_directory_lock = threading.Lock()
 
 
 def ensure_directory_env(environ: MutableMapping[str, str] | None = None) -> Path:
@@ -40,6 +44,25 @@ def ensure_directory_env(environ: MutableMapping[str, str] | None = None) -> Pat
     path = Path(tempfile.mkdtemp(prefix="llm-token-metrics-"))
     environ[MULTIPROC_ENV] = str(path)
     return path
+
+
+def shared_directory() -> Path:
+    """Return where this process keeps the files that workers share.
+
+    That is ``PROMETHEUS_MULTIPROC_DIR`` in multiprocess mode. Outside it
+    there is one process, and a private temporary directory is all the
+    sharing the quota windows need.
+    """
+    global _private_directory  # noqa: PLW0603 - one directory per process
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        return Path(configured)
+
+    with _private_directory_lock:
+        if _private_directory is None:
+            _private_directory = Path(tempfile.mkdtemp(prefix="llm-token-metrics-"))
+
+    return _private_directory
 
 
 def empty_directory(path: Path) -> int:

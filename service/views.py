@@ -12,7 +12,8 @@ from service import metrics
 from service.auth import bearer_token_matches
 from service.config import Settings
 from service.exposition import render
-from service.multiproc_dir import MULTIPROC_ENV, check_writable
+from service.multiproc_dir import MULTIPROC_ENV, check_writable, shared_directory
+from service.quota import refresh_gauge
 from service.validation import UsageError, parse_usage
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ def get_metrics() -> Response | tuple[Response, int]:
     if not metrics.PROMETHEUS_AVAILABLE:
         return _error(NO_PROMETHEUS, 503)
 
+    # Quota usage is computed now, from every worker's windows, so that the
+    # gauge is current whichever worker answers (see service.quota).
+    refresh_gauge(_settings(), shared_directory())
     exposition = render(
         request.headers.get("Accept"), request.headers.get("Accept-Encoding")
     )
@@ -99,6 +103,25 @@ def get_metrics() -> Response | tuple[Response, int]:
         response.vary.add("Accept-Encoding")
 
     return response
+
+
+@blueprint.get("/v1/quota", provide_automatic_options=False)
+def get_quota() -> tuple[Response, int]:
+    """Report every configured limit's usage: the numbers behind the gauge."""
+    settings = _settings()
+    refusal = _unauthorized(settings.scrape_token)
+    if refusal is not None:
+        return refusal
+
+    providers: dict[str, dict[str, dict[str, float]]] = {}
+    for usage in refresh_gauge(settings, shared_directory()):
+        providers.setdefault(usage.provider, {})[usage.quota_type] = {
+            "used": usage.used,
+            "limit": usage.limit,
+            "percent": usage.percent,
+        }
+
+    return jsonify(providers=providers), 200
 
 
 @blueprint.get("/healthz", provide_automatic_options=False)
