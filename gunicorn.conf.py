@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import time
 from typing import Any
 
 from service.config import ConfigError, load_settings
@@ -74,13 +75,30 @@ def post_worker_init(worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """Account for a worker that has exited, however it ended."""
+    """Fold the files of a worker that has exited, however it ended."""
     # Imported here, not at the top: by now the variable is set, and the
     # arbiter must never create metric values of its own.
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid, str(multiproc_dir))
-    server.log.info("Worker files kept for merging (pid: %s)", worker.pid)
+    from service.compaction import fold_dead_worker
+
+    started = time.perf_counter()
+    try:
+        multiprocess.mark_process_dead(worker.pid, str(multiproc_dir))
+        result = fold_dead_worker(multiproc_dir, worker.pid)
+    except Exception:
+        # The files stay in place and every scrape still reads them, so
+        # nothing is lost; only the directory does not shrink.
+        server.log.exception("Failed to fold dead worker files (pid: %s)", worker.pid)
+        return
+
+    server.log.info(
+        "Folded dead worker files (pid: %s, files: %d, kept: %d, ms: %.1f)",
+        worker.pid,
+        len(result.folded),
+        len(result.kept),
+        (time.perf_counter() - started) * 1000,
+    )
 
 
 def on_exit(server: Any) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from service.config import PROVIDER_NAME, QUOTA_TYPES, Settings, load_settings
+from service.mmap_values import direct_writer
 from service.multiproc_dir import shared_directory
 from service.quota_windows import QuotaWindows
 from service.validation import UsageItem, check_provider, check_tokens
@@ -65,7 +67,7 @@ if PROMETHEUS_AVAILABLE:
     )
 
 
-_Observe = Callable[[float], None]
+_SeriesWriter = Callable[[int, int], None]
 
 
 class CallWindows(Protocol):
@@ -76,17 +78,21 @@ class CallWindows(Protocol):
 
 
 class TokenRecorder:
-    """Record calls into the metrics, caching one set of label children per provider.
+    """Record calls into the metrics, resolving each provider's series once.
 
     Looking up label children costs more than the recording itself, so each
-    provider's four children are resolved once and their bound methods kept.
+    provider's four children are resolved on its first call and a writer for
+    them is kept; in multiprocess mode that writer puts the six values
+    straight into the worker's files (``service.mmap_values``).
     """
 
     def __init__(self, settings: Settings, windows: CallWindows | None = None):
         self.settings = settings
         self.windows = windows
-        self._writers: dict[str, tuple[_Observe, _Observe, _Observe, _Observe]] = {}
+        self._writers: dict[str, _SeriesWriter] = {}
         self._lock = threading.Lock()
+        # A forked child must not write through its parent's file mappings.
+        os.register_at_fork(after_in_child=self._writers.clear)
 
     def record(self, provider: str, input_tokens: int, output_tokens: int) -> None:
         """Check one call's arguments, then record it."""
@@ -103,30 +109,40 @@ class TokenRecorder:
             self._record(item.provider, item.input_tokens, item.output_tokens)
 
     def _record(self, provider: str, input_tokens: int, output_tokens: int) -> None:
-        writers = self._writers.get(provider) or self._add_provider(provider)
-        observe_input, observe_output, add_input, add_output = writers
-        observe_input(input_tokens)
-        observe_output(output_tokens)
-        add_input(input_tokens)
-        add_output(output_tokens)
+        write = self._writers.get(provider) or self._add_provider(provider)
+        write(input_tokens, output_tokens)
 
         if self.windows is not None:
             self.windows.add_call(provider, input_tokens, output_tokens)
 
-    def _add_provider(
-        self, provider: str
-    ) -> tuple[_Observe, _Observe, _Observe, _Observe]:
+    def _add_provider(self, provider: str) -> _SeriesWriter:
         with self._lock:
-            writers = (
-                llm_tokens_consumed.labels(provider, "input").observe,
-                llm_tokens_consumed.labels(provider, "output").observe,
-                llm_tokens_total.labels(provider, "input").inc,
-                llm_tokens_total.labels(provider, "output").inc,
+            children = (
+                llm_tokens_consumed.labels(provider, "input"),
+                llm_tokens_consumed.labels(provider, "output"),
+                llm_tokens_total.labels(provider, "input"),
+                llm_tokens_total.labels(provider, "output"),
             )
-            self._writers[provider] = writers
+            direct = direct_writer(*children)
+            write = direct.record if direct else _public_writer(*children)
+            self._writers[provider] = write
 
         logger.debug("Created series for provider (provider: %s)", provider)
-        return writers
+        return write
+
+
+def _public_writer(
+    input_child: Any, output_child: Any, input_total: Any, output_total: Any
+) -> _SeriesWriter:
+    """Return a writer that goes through prometheus_client's public API."""
+
+    def write(input_tokens: int, output_tokens: int) -> None:
+        input_child.observe(input_tokens)
+        output_child.observe(output_tokens)
+        input_total.inc(input_tokens)
+        output_total.inc(output_tokens)
+
+    return write
 
 
 _recorder: TokenRecorder | None = None

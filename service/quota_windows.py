@@ -77,6 +77,13 @@ class Layout:
     def file_size(self, records: int) -> int:
         return HEADER.size + records * self.record_words * 8
 
+    def record_offsets(self, names: Iterable[str]) -> dict[str, int]:
+        """Return the word offset of each named record, in file order."""
+        return {
+            name: HEADER.size // 8 + index * self.record_words
+            for index, name in enumerate(names)
+        }
+
 
 @dataclass
 class WindowCounts:
@@ -102,10 +109,7 @@ class WindowFile:
         self.path = path
         self.layout = layout
         self.names = list(providers)
-        self.offsets = {
-            name: (HEADER.size // 8) + index * layout.record_words
-            for index, name in enumerate(self.names)
-        }
+        self.offsets = layout.record_offsets(self.names)
         self._map = _create_or_open(path, layout, self.names)
         self.words = memoryview(self._map).cast("q")
 
@@ -209,7 +213,7 @@ def read_names(path: Path, layout: Layout) -> list[str] | None:
     return list(parsed[1])
 
 
-def parse_file(data: bytes) -> tuple[Layout, dict[str, int]] | None:
+def parse_file(data: bytes | bytearray) -> tuple[Layout, dict[str, int]] | None:
     """Parse a window file's header: its layout and each record's word offset."""
     if len(data) < HEADER.size:
         return None
@@ -224,7 +228,11 @@ def parse_file(data: bytes) -> tuple[Layout, dict[str, int]] | None:
     offsets = {}
     for index in range(records):
         position = HEADER.size + index * layout.record_words * 8
-        name = data[position : position + NAME_BYTES].rstrip(b"\0").decode()
+        name = (
+            data[position : position + NAME_BYTES]
+            .rstrip(b"\0")
+            .decode(errors="replace")
+        )
         offsets[name] = position // 8
 
     return layout, offsets
@@ -267,6 +275,67 @@ def add_file_counts(data: bytes, counts: Mapping[str, WindowCounts]) -> None:
         )
 
     words.release()
+
+
+def merge_window_files(archive: bytes | None, dead: bytes) -> bytes | None:
+    """Merge a dead worker's window file into an archive, slot by slot.
+
+    Return ``None`` when the two differ in layout, since slots of other
+    widths cannot be added. Where both hold a slot of the same start, the
+    counts add up; otherwise the newer slot wins, the older one having left
+    its window already.
+    """
+    parsed_dead = parse_file(dead)
+    if parsed_dead is None:
+        return archive
+    if archive is None:
+        return dead
+
+    parsed_archive = parse_file(archive)
+    if parsed_archive is None or parsed_archive[0] != parsed_dead[0]:
+        return None
+
+    layout, archive_offsets = parsed_archive
+    names = [*archive_offsets, *(n for n in parsed_dead[1] if n not in archive_offsets)]
+    merged = empty_file(layout, names)
+    target = memoryview(merged).cast("q")
+    target_offsets = layout.record_offsets(names)
+    for source_bytes, offsets in ((archive, archive_offsets), (dead, parsed_dead[1])):
+        source = memoryview(source_bytes).cast("q")
+        for name, offset in offsets.items():
+            _merge_record(target, target_offsets[name], source, offset, layout)
+        source.release()
+
+    target.release()
+    return bytes(merged)
+
+
+def _merge_record(
+    target: memoryview,
+    target_offset: int,
+    source: memoryview,
+    offset: int,
+    layout: Layout,
+) -> None:
+    rings = (
+        (NAME_BYTES // 8, 3, layout.minute_slots),
+        (NAME_BYTES // 8 + 3 * layout.minute_slots, 2, layout.day_slots),
+    )
+    for ring_start, width, slots in rings:
+        for slot in range(slots):
+            source_index = offset + ring_start + slot * width
+            start = source[source_index]
+            if start == 0:
+                continue
+
+            target_index = target_offset + ring_start + slot * width
+            if target[target_index] == start:
+                for field in range(1, width):
+                    target[target_index + field] += source[source_index + field]
+            elif start > target[target_index]:
+                target[target_index : target_index + width] = source[
+                    source_index : source_index + width
+                ]
 
 
 def window_files(directory: Path) -> list[Path]:

@@ -209,3 +209,13 @@ def assert_totals(samples: Samples, calls: list[tuple[str, int, int]]) -> None:
                 samples, "llm_tokens_consumed_bucket", le=f"{float(bound)}", **labels
             )
             assert got == entry[f"le={float(bound)}"], (provider, kind, bound)
+
+
+def writer_pids(directory: Path, prefix: str) -> set[int]:
+    """Return the pids of the workers that have files ``<prefix><pid>.*``, archives aside."""
+    pids = set()
+    for name in os.listdir(directory):
+        stem = name.split(".")[0]
+        if stem.startswith(prefix) and stem[len(prefix) :].isdigit():
+            pids.add(int(stem[len(prefix) :]))
+    return pids

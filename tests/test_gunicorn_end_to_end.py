@@ -11,7 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.support import assert_totals, parse_samples, start_service, value
+from tests.support import (
+    assert_totals,
+    parse_samples,
+    start_service,
+    value,
+    writer_pids,
+)
 
 PROVIDERS = ("groq", "gemini", "openai")
 
@@ -97,11 +103,7 @@ def test_sigkilled_worker_loses_nothing(tmp_path):
 
     try:
         _run_clients(service.url, before_kill, clients=8)
-        recorded = {
-            int(name.split("_")[1].split(".")[0])
-            for name in os.listdir(service.multiproc_dir)
-            if name.startswith("counter_")
-        }
+        recorded = writer_pids(service.multiproc_dir, "counter_")
         victim = next(pid for pid in service.worker_pids() if pid in recorded)
         os.kill(victim, signal.SIGKILL)
         _wait_until(lambda: victim not in service.worker_pids())

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.support import TEST_CONFIG, start_service, write_config
+from tests.support import TEST_CONFIG, start_service, write_config, writer_pids
 
 # groq: rpm 30, rpd 14400, tpm 6000 (input + output);
 # gemini: rpm 10, rpd 500, tpm 250000 (input only); openai: no limits.
@@ -96,11 +96,7 @@ def test_quota_survives_a_sigkilled_worker_and_recycling(tmp_path):
     try:
         _post_many(service.url, GROQ_CALL, 200)
         before_kill = _quota_gauge(service.scrape())
-        writers = {
-            int(name[len("quota_") : -len(".win")])
-            for name in os.listdir(service.multiproc_dir)
-            if name.startswith("quota_") and name.endswith(".win")
-        }
+        writers = writer_pids(service.multiproc_dir, "quota_")
         victim = next(pid for pid in service.worker_pids() if pid in writers)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
