@@ -108,6 +108,20 @@ class TokenRecorder:
         for item in items:
             self._record(item.provider, item.input_tokens, item.output_tokens)
 
+    def prepare_series(self) -> None:
+        """Create every configured provider's series at zero, if not done yet.
+
+        Prometheus's ``increase()`` and ``rate()`` start from a series' first
+        sample: a series that appears with its first call would not count
+        that call. Called before each scrape, so the cost is one comparison.
+        """
+        if len(self._writers) >= len(self.settings.providers):
+            return
+
+        for provider in self.settings.providers:
+            if provider not in self._writers:
+                self._add_provider(provider)
+
     def _record(self, provider: str, input_tokens: int, output_tokens: int) -> None:
         write = self._writers.get(provider) or self._add_provider(provider)
         write(input_tokens, output_tokens)

@@ -62,23 +62,25 @@ class DirectSeriesWriter:
         output_bucket = bisect.bisect_left(self.upper_bounds, output_tokens)
         output_start, total_start = self.output_start, self.total_start
 
-        with self.lock:
-            self._add(0, input_tokens)
-            self._add(1 + input_bucket, 1)
-            self._add(output_start, output_tokens)
-            self._add(output_start + 1 + output_bucket, 1)
-            self._add(total_start, input_tokens)
-            self._add(total_start + 1, output_tokens)
-
-    def _add(self, slot: int, amount: float) -> None:
-        value, values_file, position = self.slots[slot]
-        value._value += amount
-        # One slice assignment, as prometheus_client does, so that a reader
-        # never sees half a double; _m is read each time because the file
-        # is remapped when it grows.
-        values_file._m[position : position + _VALUE_BYTES] = _PACK_VALUE(
-            value._value, 0.0
+        additions = (
+            (0, input_tokens),
+            (1 + input_bucket, 1),
+            (output_start, output_tokens),
+            (output_start + 1 + output_bucket, 1),
+            (total_start, input_tokens),
+            (total_start + 1, output_tokens),
         )
+        slots = self.slots
+        with self.lock:
+            for slot, amount in additions:
+                value, values_file, position = slots[slot]
+                value._value += amount
+                # One slice assignment, as prometheus_client does, so that a
+                # reader never sees half a double; _m is looked up each time
+                # because the file is remapped when it grows.
+                values_file._m[position : position + _VALUE_BYTES] = _PACK_VALUE(
+                    value._value, 0.0
+                )
 
 
 def direct_writer(

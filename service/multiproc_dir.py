@@ -23,6 +23,7 @@ from pathlib import Path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_FILE_NAME = "directory.lock"
+GATE_FILE_NAME = "directory-gate.lock"
 
 _private_directory: Path | None = None
 _private_directory_lock = threading.Lock()
@@ -32,7 +33,10 @@ def ensure_directory_env(environ: MutableMapping[str, str] | None = None) -> Pat
     """Return the multiprocess directory, creating one if none is configured.
 
     Without ``PROMETHEUS_MULTIPROC_DIR`` a private temporary directory is made
-    and the variable is set, so that the workers forked later inherit it.
+    and the variable is set, so that the workers forked later inherit it. It
+    is made in ``/dev/shm`` where that is writable: the files are memory
+    mapped and written on every call, and on a disk-backed directory the
+    kernel would keep writing the dirty pages back to the disk.
     """
     environ = os.environ if environ is None else environ
     configured = environ.get(MULTIPROC_ENV)
@@ -41,7 +45,8 @@ def ensure_directory_env(environ: MutableMapping[str, str] | None = None) -> Pat
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    path = Path(tempfile.mkdtemp(prefix="llm-token-metrics-"))
+    memory_backed = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="llm-token-metrics-", dir=memory_backed))
     environ[MULTIPROC_ENV] = str(path)
     return path
 
@@ -102,10 +107,24 @@ def directory_lock(path: str | os.PathLike[str], exclusive: bool) -> Iterator[No
     worker's files into the archive, which swaps files under an exclusive
     lock. A scrape therefore sees the directory either before or after a
     fold, never in between, so it counts every event exactly once.
+
+    A second lock file is the gate: a writer closes it before it waits for
+    the readers inside to leave, and a reader passes it only while it is
+    open. Without it, scrapes that follow each other closely would keep the
+    shared lock held and starve the arbiter's fold, and with it the
+    spawning of new workers.
     """
-    descriptor = os.open(Path(path) / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    gate = os.open(Path(path) / GATE_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = os.open(Path(path) / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if exclusive:
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(gate, fcntl.LOCK_SH)
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
         yield
     finally:
-        os.close(descriptor)
+        os.close(lock)
+        os.close(gate)

@@ -110,16 +110,28 @@ class WindowFile:
         self.layout = layout
         self.names = list(providers)
         self.offsets = layout.record_offsets(self.names)
+        # What add() needs per provider, unpacked in one step on each call.
+        self.rings = {
+            name: (
+                offset + NAME_BYTES // 8,
+                layout.minute_slot_us,
+                layout.minute_slots,
+                layout.day_slot_us,
+                layout.day_slots,
+            )
+            for name, offset in self.offsets.items()
+        }
         self._map = _create_or_open(path, layout, self.names)
         self.words = memoryview(self._map).cast("q")
 
     def add(self, provider: str, now_us: int, tokens: int) -> None:
         """Count one request and its tokens in the current slots of ``provider``."""
-        base = self.offsets[provider] + NAME_BYTES // 8
-        words, layout = self.words, self.layout
+        words = self.words
+        minute_ring, minute_us, minute_slots, day_us, day_slots = self.rings[provider]
 
-        start = now_us - now_us % layout.minute_slot_us
-        index = base + 3 * ((start // layout.minute_slot_us) % layout.minute_slots)
+        slot = now_us // minute_us
+        start = slot * minute_us
+        index = minute_ring + 3 * (slot % minute_slots)
         if words[index] != start:
             # Zero the counts before the start changes, so that a reader
             # never sees the new start with the old slot's counts.
@@ -129,9 +141,9 @@ class WindowFile:
         words[index + 1] += 1
         words[index + 2] += tokens
 
-        base += 3 * layout.minute_slots
-        start = now_us - now_us % layout.day_slot_us
-        index = base + 2 * ((start // layout.day_slot_us) % layout.day_slots)
+        slot = now_us // day_us
+        start = slot * day_us
+        index = minute_ring + 3 * minute_slots + 2 * (slot % day_slots)
         if words[index] != start:
             words[index + 1] = 0
             words[index] = start

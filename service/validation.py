@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from service.config import PROVIDER_NAME, Settings
 
@@ -20,8 +19,7 @@ class UsageError(ValueError):
     """The body is not a valid usage report; ``str()`` is the sentence to return."""
 
 
-@dataclass(frozen=True, slots=True)
-class UsageItem:
+class UsageItem(NamedTuple):
     """One LLM call, checked."""
 
     provider: str
@@ -34,7 +32,10 @@ def parse_usage(body: bytes, settings: Settings) -> list[UsageItem]:
     document = _decode_json(body)
 
     if isinstance(document, dict):
-        return [check_item(document, settings, where="")]
+        return [
+            _plainly_valid(document, settings)
+            or check_item(document, settings, where="")
+        ]
 
     if not isinstance(document, list):
         _fail(
@@ -46,9 +47,40 @@ def parse_usage(body: bytes, settings: Settings) -> list[UsageItem]:
         _fail(f"The array must hold 1 to {MAX_ITEMS} items, got {len(document)}")
 
     return [
-        check_item(item, settings, where=f"items[{index}]")
+        _plainly_valid(item, settings)
+        or check_item(item, settings, where=f"items[{index}]")
         for index, item in enumerate(document)
     ]
+
+
+def _plainly_valid(item: object, settings: Settings) -> UsageItem | None:
+    """Return the item if it is valid as it stands, else ``None``.
+
+    Most items are valid, so this checks them in a few comparisons without
+    building any message; anything unusual goes to ``check_item``, which
+    finds the fault and words it.
+    """
+    if type(item) is not dict or not item.keys() <= _KNOWN_FIELDS:
+        return None
+
+    provider = item.get("provider")
+    input_tokens = item.get("input_tokens")
+    output_tokens = item.get("output_tokens")
+    model = item.get("model", "")
+    limit = settings.max_tokens_per_call
+    if (
+        isinstance(provider, str)
+        and provider in settings.providers
+        and type(input_tokens) is int
+        and type(output_tokens) is int
+        and 0 <= input_tokens <= limit
+        and 0 <= output_tokens <= limit
+        and type(model) is str
+        and len(model) <= MAX_MODEL_LENGTH
+    ):
+        return UsageItem(provider, input_tokens, output_tokens)
+
+    return None
 
 
 def check_item(item: object, settings: Settings, where: str) -> UsageItem:
@@ -141,11 +173,15 @@ def _decode_json(body: bytes) -> Any:
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, item in pairs:
-        if key in document:
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             _fail(f"The body names the field {key!r} twice in one object")
-        document[key] = item
+        seen.add(key)
 
     return document
 

@@ -65,6 +65,6 @@ def test_recycling_hundreds_of_times_keeps_scrapes_exact_and_directory_small(tmp
     _assert_monotone(scrapes + [final])
     assert_totals(final, calls)
     # Live workers' four files each (and those of a worker exiting right
-    # now), the four archives, the lock and the control socket.
-    assert max(file_counts) <= 4 * (WORKERS + 2) + 6, max(file_counts)
-    assert len(files_at_end) <= 4 * WORKERS + 6, files_at_end
+    # now), the four archives, two lock files and the control socket.
+    assert max(file_counts) <= 4 * (WORKERS + 2) + 7, max(file_counts)
+    assert len(files_at_end) <= 4 * WORKERS + 7, files_at_end

@@ -224,3 +224,14 @@ def test_hostile_requests_over_http_get_4xx_and_record_nothing(service):
 
     assert statuses == [413, 413, 400, 400, 400, 405, 200]
     assert service.scrape() == before
+
+
+def test_metrics_shows_every_configured_provider_at_zero_before_any_call(service):
+    samples = service.scrape()
+
+    for provider in ("groq", "gemini", "openai"):
+        for kind in ("input", "output"):
+            labels = {"provider": provider, "type": kind}
+            assert ("llm_tokens_total", tuple(sorted(labels.items()))) in samples
+            assert value(samples, "llm_tokens_total", **labels) == 0.0
+            assert value(samples, "llm_tokens_consumed_count", **labels) == 0.0
