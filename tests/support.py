@@ -219,3 +219,12 @@ def writer_pids(directory: Path, prefix: str) -> set[int]:
         if stem.startswith(prefix) and stem[len(prefix) :].isdigit():
             pids.add(int(stem[len(prefix) :]))
     return pids
+
+
+def readme_section(title: str) -> str:
+    """Return the text of one ``## title`` section of the README."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
+    if match is None:
+        raise AssertionError(f"README.md has no section {title!r}")
+    return match[1]
