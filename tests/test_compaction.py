@@ -195,3 +195,18 @@ def test_scrapes_during_folds_always_see_the_same_totals(tmp_path):
     assert errors == []
     assert len(seen) >= 10
     assert all(samples == expected for samples in seen)
+
+
+def test_collector_passes_over_files_not_yet_sized_or_half_written(tmp_path):
+    """A worker's new empty file and a fold's unfinished archive are not read."""
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    _record_in_processes(directory, write_config(tmp_path), 1)
+    before = _scrape(directory)
+
+    (directory / "counter_99999.db").touch()
+    (directory / "histogram_99999.db").write_bytes(b"\0" * 8)
+    (directory / "counter_archive.db.tmp").write_bytes(b"\xff" * 100)
+    (directory / "quota_archive.win.tmp").write_bytes(b"\xff" * 100)
+
+    assert _scrape(directory) == before

@@ -53,11 +53,15 @@ def test_recycling_hundreds_of_times_keeps_scrapes_exact_and_directory_small(tmp
         folds = service.log().count("Folded dead worker files")
         fold_errors = service.log().count("Failed to fold")
         files_at_end = sorted(os.listdir(service.multiproc_dir))
+        arbiter_files = [
+            name for name in files_at_end if str(service.process.pid) in name
+        ]
     finally:
         stop.set()
         service.stop()
 
     assert failures == []
+    assert arbiter_files == [], "the arbiter must never create metric values"
     assert fold_errors == 0
     assert recycles >= 200, f"only {recycles} recycles"
     assert folds >= recycles
