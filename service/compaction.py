@@ -45,7 +45,7 @@ from pathlib import Path
 from prometheus_client.mmap_dict import MmapedDict
 
 from service.multiproc_dir import directory_lock
-from service.quota_windows import FILE_PREFIX, FILE_SUFFIX, merge_window_files
+from service.window_format import FILE_PREFIX, FILE_SUFFIX, merge_window_files
 
 logger = logging.getLogger(__name__)
 

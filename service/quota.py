@@ -32,13 +32,14 @@ reports the usage it caused, and
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from service import metrics
 from service.config import QUOTA_TYPES, Settings
 from service.multiproc_dir import directory_lock
-from service.quota_windows import WindowCounts, add_file_counts, window_files
+from service.window_format import NAME_BYTES, parse_file, window_files
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,23 @@ class QuotaUsage:
     @property
     def percent(self) -> float:
         return self.used / self.limit * 100
+
+
+@dataclass
+class WindowCounts:
+    """One provider's counts over every file, from the slots that start in time.
+
+    ``minute_from`` and ``day_from`` are the earliest slot starts, in
+    microseconds, that still belong to the minute and the day window;
+    ``until`` is the moment measured, after which no slot counts.
+    """
+
+    minute_from: int
+    day_from: int
+    until: int
+    minute_requests: int = 0
+    minute_tokens: int = 0
+    day_requests: int = 0
 
 
 def measure_usage(
@@ -119,3 +137,42 @@ def _usages(settings: Settings, counts: dict[str, WindowCounts]) -> list[QuotaUs
                 usages.append(QuotaUsage(name, quota_type, used[quota_type], limit))
 
     return usages
+
+
+def add_file_counts(data: bytes, counts: Mapping[str, WindowCounts]) -> None:
+    """Add the slots of one file that are still inside their windows to ``counts``."""
+    parsed = parse_file(data)
+    if parsed is None:
+        return
+
+    layout, offsets = parsed
+    words = memoryview(data).cast("q")
+    for name, offset in offsets.items():
+        provider_counts = counts.get(name)
+        if provider_counts is None:
+            continue
+
+        base = offset + NAME_BYTES // 8
+        minute_end = base + 3 * layout.minute_slots
+        minute_from, until = provider_counts.minute_from, provider_counts.until
+        starts = words[base:minute_end:3].tolist()
+        requests = words[base + 1 : minute_end : 3].tolist()
+        tokens = words[base + 2 : minute_end : 3].tolist()
+        for start, slot_requests, slot_tokens in zip(
+            starts, requests, tokens, strict=True
+        ):
+            if minute_from <= start <= until:
+                provider_counts.minute_requests += slot_requests
+                provider_counts.minute_tokens += slot_tokens
+
+        day_end = minute_end + 2 * layout.day_slots
+        day_from = provider_counts.day_from
+        starts = words[minute_end:day_end:2].tolist()
+        requests = words[minute_end + 1 : day_end : 2].tolist()
+        provider_counts.day_requests += sum(
+            slot_requests
+            for start, slot_requests in zip(starts, requests, strict=True)
+            if day_from <= start <= until
+        )
+
+    words.release()

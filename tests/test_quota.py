@@ -7,7 +7,8 @@ import pytest
 
 from service.config import settings_from_document
 from service.quota import measure_usage
-from service.quota_windows import QuotaWindows, window_files
+from service.quota_windows import QuotaWindows
+from service.window_format import window_files
 
 LA = ZoneInfo("America/Los_Angeles")
 CONFIG = {
