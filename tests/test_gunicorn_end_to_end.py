@@ -235,3 +235,63 @@ def test_metrics_shows_every_configured_provider_at_zero_before_any_call(service
             assert ("llm_tokens_total", tuple(sorted(labels.items()))) in samples
             assert value(samples, "llm_tokens_total", **labels) == 0.0
             assert value(samples, "llm_tokens_consumed_count", **labels) == 0.0
+
+
+def test_reload_with_sighup_keeps_the_directory_and_the_totals(tmp_path):
+    service = start_service(tmp_path, workers=3)
+    calls = _calls(seed=9, count=300)
+
+    try:
+        _run_clients(service.url, calls, clients=6)
+        before = service.scrape()
+        os.kill(service.process.pid, signal.SIGHUP)
+        _wait_until(lambda: service.log().count("Booting worker") >= 6)
+        _wait_until(lambda: len(service.worker_pids()) == 3)
+        after = service.scrape()
+        folds = service.log().count("Folded dead worker files")
+    finally:
+        service.stop()
+
+    assert folds >= 3, "the old workers should have been folded away"
+    assert_totals(before, calls)
+    assert_totals(after, calls)
+
+
+def test_worker_sigkilled_during_traffic_loses_no_acknowledged_call(tmp_path):
+    """Requests cut by the kill may or may not count; acknowledged ones always do."""
+    service = start_service(tmp_path, workers=4)
+    calls = _calls(seed=10, count=1600)
+    acknowledged, unanswered = [], []
+    lock = threading.Lock()
+
+    def send(share):
+        with requests.Session() as session:
+            for batch in share:
+                try:
+                    response = session.post(
+                        f"{service.url}/v1/usage", json=_payload(batch), timeout=10
+                    )
+                    ok = response.status_code == 200
+                except requests.ConnectionError:
+                    ok = False
+                with lock:
+                    (acknowledged if ok else unanswered).extend(batch)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(send, share) for share in _split(calls, 8)]
+            _wait_until(lambda: len(acknowledged) > 300)
+            os.kill(service.worker_pids()[0], signal.SIGKILL)
+            for future in futures:
+                future.result()
+        final = service.scrape()
+    finally:
+        service.stop()
+
+    assert len(acknowledged) + len(unanswered) == len(calls)
+    for provider in PROVIDERS:
+        for kind, index in (("input", 1), ("output", 2)):
+            counted = value(final, "llm_tokens_total", provider=provider, type=kind)
+            sure = sum(call[index] for call in acknowledged if call[0] == provider)
+            maybe = sum(call[index] for call in unanswered if call[0] == provider)
+            assert sure <= counted <= sure + maybe, (provider, kind)
