@@ -17,6 +17,7 @@ from typing import IO, Any, TextIO
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.collector import WorkerFilesCollector
+from service.compaction import fold_dead_worker
 from service.multiproc_dir import MULTIPROC_ENV
 from service.stress.errors import SetupError
 from service.stress.gunicorn_service import ROOT, private_variables_removed
@@ -180,6 +181,11 @@ def _record(
             # The processes time their own recording: their start-up and
             # exit are no part of the rate.
             elapsed = max(float(result["elapsed_seconds"]) for result in results)
+
+        # The processes have exited: fold their files as the arbiter folds an
+        # exited worker's, so that the check covers the fold too.
+        for recorder in recorders:
+            fold_dead_worker(multiproc_dir, recorder.process.pid)
     finally:
         for recorder in recorders:
             recorder.stop()
