@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -233,3 +235,18 @@ def readme_section(title: str) -> str:
     if match is None:
         raise AssertionError(f"README.md has no section {title!r}")
     return match[1]
+
+
+def run_python_json(script: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter from the project root; parse its JSON."""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report

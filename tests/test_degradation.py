@@ -1,12 +1,9 @@
 """Without prometheus_client the service starts, records nothing and raises nothing."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
-from tests.support import ROOT, write_config
+from tests.support import run_python_json, write_config
 
 # Runs in a fresh interpreter where every import of prometheus_client fails,
 # as it would where the package is not installed.
@@ -44,17 +41,8 @@ SCRIPT = textwrap.dedent(
 def test_service_without_prometheus_client_degrades_to_no_ops(tmp_path):
     env = {**os.environ, "LLM_METRICS_CONFIG": str(write_config(tmp_path))}
 
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    report = run_python_json(SCRIPT, env)
 
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     assert report["available"] is False
     assert report["objects"] == [None, None, None]
     assert report["metrics"][0] == 503

@@ -15,7 +15,6 @@ import posixpath
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import ROOT, readme_section
+from tests.support import ROOT, readme_section, stop_process
 
 CONFIG_DIR = ROOT / "config"
 PROMETHEUS_CONFIG = CONFIG_DIR / "prometheus.yml"
@@ -529,15 +528,6 @@ def _run_healthcheck(
     )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def test_dockerfile_command_outside_a_container_serves_healthz_and_records(tmp_path):
     site, workdir = _image_layout(tmp_path)
     multiproc_dir = tmp_path / "multiproc"
@@ -573,7 +563,7 @@ def test_dockerfile_command_outside_a_container_serves_healthz_and_records(tmp_p
         metric_files = list(multiproc_dir.glob("*.db"))
         healthy = _run_healthcheck(healthcheck, environment)
     finally:
-        _stop(process)
+        stop_process(process)
     unhealthy = _run_healthcheck(healthcheck, environment)
 
     assert health.json() == {"status": "ok"}

@@ -1,15 +1,12 @@
 """The prometheus_client details this project relies on; fails loudly if a release changes them."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.support import ROOT
+from tests.support import run_python_json
 
 # Runs in multiprocess mode: the public path and the direct path must leave
 # exactly the same values in the files, and the private attributes the
@@ -53,17 +50,8 @@ SCRIPT = textwrap.dedent(
 def test_direct_writer_matches_public_api_in_multiprocess_mode(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
 
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    report = run_python_json(SCRIPT, env)
 
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     pid = report["pid"]
     assert report["writer"] is True
     assert report["files"] == [
