@@ -39,7 +39,7 @@ from pathlib import Path
 from service import metrics
 from service.config import QUOTA_TYPES, Settings
 from service.multiproc_dir import directory_lock
-from service.window_format import NAME_BYTES, parse_file, window_files
+from service.window_format import parse_file, window_files
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ def add_file_counts(data: bytes, counts: Mapping[str, WindowCounts]) -> None:
         if provider_counts is None:
             continue
 
-        base = offset + NAME_BYTES // 8
-        minute_end = base + 3 * layout.minute_slots
+        base = layout.minute_ring(offset)
+        minute_end = layout.day_ring(offset)
         minute_from, until = provider_counts.minute_from, provider_counts.until
         starts = words[base:minute_end:3].tolist()
         requests = words[base + 1 : minute_end : 3].tolist()

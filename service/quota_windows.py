@@ -27,7 +27,6 @@ from service.multiproc_dir import directory_lock
 from service.window_format import (
     FILE_PREFIX,
     FILE_SUFFIX,
-    NAME_BYTES,
     Layout,
     empty_file,
     parse_file,
@@ -40,28 +39,27 @@ class WindowFile:
     """A window file mapped into memory; the writer side lives in this process."""
 
     def __init__(self, path: Path, layout: Layout, providers: Iterable[str]):
-        self.path = path
-        self.layout = layout
-        self.names = list(providers)
-        self.offsets = layout.record_offsets(self.names)
+        names = list(providers)
         # What add() needs per provider, unpacked in one step on each call.
         self.rings = {
             name: (
-                offset + NAME_BYTES // 8,
+                layout.minute_ring(offset),
                 layout.minute_slot_us,
                 layout.minute_slots,
+                layout.day_ring(offset),
                 layout.day_slot_us,
                 layout.day_slots,
             )
-            for name, offset in self.offsets.items()
+            for name, offset in layout.record_offsets(names).items()
         }
-        self._map = _create_or_open(path, layout, self.names)
-        self.words = memoryview(self._map).cast("q")
+        self.words = memoryview(_create_or_open(path, layout, names)).cast("q")
 
     def add(self, provider: str, now_us: int, tokens: int) -> None:
         """Count one request and its tokens in the current slots of ``provider``."""
         words = self.words
-        minute_ring, minute_us, minute_slots, day_us, day_slots = self.rings[provider]
+        minute_ring, minute_us, minute_slots, day_ring, day_us, day_slots = self.rings[
+            provider
+        ]
 
         slot = now_us // minute_us
         start = slot * minute_us
@@ -77,15 +75,11 @@ class WindowFile:
 
         slot = now_us // day_us
         start = slot * day_us
-        index = minute_ring + 3 * minute_slots + 2 * (slot % day_slots)
+        index = day_ring + 2 * (slot % day_slots)
         if words[index] != start:
             words[index + 1] = 0
             words[index] = start
         words[index + 1] += 1
-
-    def close(self) -> None:
-        self.words.release()
-        self._map.close()
 
 
 def _create_or_open(path: Path, layout: Layout, names: list[str]) -> mmap.mmap:
@@ -97,7 +91,8 @@ def _create_or_open(path: Path, layout: Layout, names: list[str]) -> mmap.mmap:
 
 
 def _create_or_open_locked(path: Path, layout: Layout, names: list[str]) -> mmap.mmap:
-    if path.exists() and read_names(path, layout) == names:
+    existing = parse_file(path.read_bytes()) if path.exists() else None
+    if existing is not None and existing[0] == layout and list(existing[1]) == names:
         # A worker that got a dead worker's pid before its file was folded
         # away goes on counting in it; nothing is lost or counted twice.
         return _map_file(path)
@@ -125,16 +120,6 @@ def write_whole(path: Path, content: bytes | bytearray) -> None:
 def _map_file(path: Path) -> mmap.mmap:
     with path.open("r+b") as existing:
         return mmap.mmap(existing.fileno(), 0)
-
-
-def read_names(path: Path, layout: Layout) -> list[str] | None:
-    """Return the provider names of a file of ``layout``, or ``None`` if it differs."""
-    data = path.read_bytes()
-    parsed = parse_file(data)
-    if parsed is None or parsed[0] != layout:
-        return None
-
-    return list(parsed[1])
 
 
 class QuotaWindows:

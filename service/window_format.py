@@ -62,12 +62,21 @@ class Layout:
     def file_size(self, records: int) -> int:
         return HEADER.size + records * self.record_words * 8
 
+    def record_offset(self, index: int) -> int:
+        """Return the word offset of the record at ``index``."""
+        return HEADER.size // 8 + index * self.record_words
+
     def record_offsets(self, names: Iterable[str]) -> dict[str, int]:
         """Return the word offset of each named record, in file order."""
-        return {
-            name: HEADER.size // 8 + index * self.record_words
-            for index, name in enumerate(names)
-        }
+        return {name: self.record_offset(index) for index, name in enumerate(names)}
+
+    def minute_ring(self, record_offset: int) -> int:
+        """Return where a record's minute ring starts (start, requests, tokens)."""
+        return record_offset + NAME_BYTES // 8
+
+    def day_ring(self, record_offset: int) -> int:
+        """Return the word offset of a record's day ring (start, requests)."""
+        return self.minute_ring(record_offset) + 3 * self.minute_slots
 
 
 def empty_file(layout: Layout, names: list[str]) -> bytearray:
@@ -83,8 +92,8 @@ def empty_file(layout: Layout, names: list[str]) -> bytearray:
         layout.minute_slot_us,
         layout.day_slot_us,
     )
-    for index, name in enumerate(names):
-        position = HEADER.size + index * layout.record_words * 8
+    for name, offset in layout.record_offsets(names).items():
+        position = offset * 8
         content[position : position + NAME_BYTES] = name.encode().ljust(
             NAME_BYTES, b"\0"
         )
@@ -106,13 +115,9 @@ def parse_file(data: bytes | bytearray) -> tuple[Layout, dict[str, int]] | None:
 
     offsets = {}
     for index in range(records):
-        position = HEADER.size + index * layout.record_words * 8
-        name = (
-            data[position : position + NAME_BYTES]
-            .rstrip(b"\0")
-            .decode(errors="replace")
-        )
-        offsets[name] = position // 8
+        offset = layout.record_offset(index)
+        name = data[offset * 8 : offset * 8 + NAME_BYTES].rstrip(b"\0")
+        offsets[name.decode(errors="replace")] = offset
 
     return layout, offsets
 
@@ -158,17 +163,22 @@ def _merge_record(
     layout: Layout,
 ) -> None:
     rings = (
-        (NAME_BYTES // 8, 3, layout.minute_slots),
-        (NAME_BYTES // 8 + 3 * layout.minute_slots, 2, layout.day_slots),
+        (
+            layout.minute_ring(offset),
+            layout.minute_ring(target_offset),
+            3,
+            layout.minute_slots,
+        ),
+        (layout.day_ring(offset), layout.day_ring(target_offset), 2, layout.day_slots),
     )
-    for ring_start, width, slots in rings:
+    for source_ring, target_ring, width, slots in rings:
         for slot in range(slots):
-            source_index = offset + ring_start + slot * width
+            source_index = source_ring + slot * width
             start = source[source_index]
             if start == 0:
                 continue
 
-            target_index = target_offset + ring_start + slot * width
+            target_index = target_ring + slot * width
             if target[target_index] == start:
                 for field in range(1, width):
                     target[target_index + field] += source[source_index + field]
