@@ -6,8 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
 
 from service.stress.errors import SetupError
@@ -21,11 +20,10 @@ from service.stress.http_client import (
     error_text,
     scrape,
 )
-from service.stress.latency import LatencyHistogram
 from service.stress.options import Options
+from service.stress.outcome import Outcome
 from service.stress.progress import ProgressLine, Snapshot
 from service.stress.report import RunResult, WorkerFacts
-from service.stress.tally import Tally
 from service.stress.verdict import compare
 from service.stress.workload import CallSource, share, usage_body
 
@@ -36,26 +34,6 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 # know, a missing token, a wrong URL): the service recorded nothing of such
 # a request, and every further one would be refused alike, so the run stops.
 REFUSAL_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 415})
-
-
-@dataclass
-class ClientOutcome:
-    """What one client sent and saw; outcomes add up into the run's."""
-
-    sent: Tally = field(default_factory=Tally)
-    unconfirmed: Tally = field(default_factory=Tally)
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    acknowledged: int = 0
-    failed: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-
-    def merge(self, other: ClientOutcome) -> None:
-        self.sent.merge(other.sent)
-        self.unconfirmed.merge(other.unconfirmed)
-        self.latency.merge(other.latency)
-        self.acknowledged += other.acknowledged
-        self.failed += other.failed
-        self.reasons.update(other.reasons)
 
 
 class LoadState:
@@ -128,7 +106,7 @@ def run_http(options: Options, target: HttpTarget, stream: TextIO) -> RunResult:
     return RunResult(
         mode="http",
         target=target.description,
-        requests_acknowledged=outcome.acknowledged,
+        requests_acknowledged=outcome.succeeded,
         requests_failed=outcome.failed,
         comparison=compare(outcome.sent, after.minus(before), outcome.unconfirmed),
         elapsed_seconds=elapsed,
@@ -140,7 +118,7 @@ def run_http(options: Options, target: HttpTarget, stream: TextIO) -> RunResult:
 
 def _load(
     options: Options, target: HttpTarget, stream: TextIO
-) -> tuple[ClientOutcome, float, WorkerKiller | None]:
+) -> tuple[Outcome, float, WorkerKiller | None]:
     """Run the clients (and the worker kill); return their outcome and the time."""
     state = LoadState()
     gate = Gate(_kill_at_request(options))
@@ -149,7 +127,7 @@ def _load(
 
     deadline = time.monotonic() + (options.duration_seconds or 0)
     setup = ClientSetup(options, target.url, gate, state, deadline)
-    outcomes = [ClientOutcome() for _ in range(options.clients)]
+    outcomes = [Outcome() for _ in range(options.clients)]
 
     with ProgressLine(stream, state.snapshot):
         started = time.monotonic()
@@ -164,7 +142,7 @@ def _load(
     if state.refusal is not None:
         raise SetupError(state.refusal)
 
-    total = ClientOutcome()
+    total = Outcome()
     for outcome in outcomes:
         total.merge(outcome)
 
@@ -183,7 +161,7 @@ def _killer(
     return WorkerKiller(target.service, gate, finished, at_seconds)
 
 
-def _run_clients(setup: ClientSetup, outcomes: list[ClientOutcome]) -> None:
+def _run_clients(setup: ClientSetup, outcomes: list[Outcome]) -> None:
     threads = [
         threading.Thread(
             target=_client,
@@ -222,7 +200,7 @@ def _kill_at_request(options: Options) -> int | None:
     return max(1, options.requests // 2)
 
 
-def _client(index: int, setup: ClientSetup, outcome: ClientOutcome) -> None:
+def _client(index: int, setup: ClientSetup, outcome: Outcome) -> None:
     """Post this client's share of the requests, or post until the deadline."""
     options = setup.options
     source = CallSource(options.providers, options.batch, seed=index)
@@ -254,7 +232,7 @@ def _post(
     client: ServiceClient,
     source: CallSource,
     setup: ClientSetup,
-    outcome: ClientOutcome,
+    outcome: Outcome,
 ) -> None:
     """Post one batch and account for it by its answer."""
     batch = source.next_batch()
@@ -283,7 +261,7 @@ def _post(
         outcome.failed += 1
         outcome.reasons[failure] += 1
     else:
-        outcome.acknowledged += 1
+        outcome.succeeded += 1
     setup.state.count(len(batch), failed=failure is not None)
 
 

@@ -15,32 +15,17 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from service import metrics
 from service.config import ProviderQuota, Settings
 from service.multiproc_dir import MULTIPROC_ENV
 from service.stress.http_client import describe
-from service.stress.latency import LatencyHistogram
-from service.stress.tally import Tally
+from service.stress.outcome import Outcome
 from service.stress.workload import Call, CallSource, Job, share
 
 _PROGRESS_SECONDS = 0.25
-
-
-@dataclass
-class ThreadOutcome:
-    """What one thread recorded; read for progress while it runs."""
-
-    sent: Tally = field(default_factory=Tally)
-    unconfirmed: Tally = field(default_factory=Tally)
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    calls: int = 0
-    errors: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _record_in_threads(job: Job) -> list[ThreadOutcome]:
+def _record_in_threads(job: Job) -> list[Outcome]:
     deadline = time.monotonic() + (job.duration_seconds or 0)
-    outcomes = [ThreadOutcome() for _ in range(job.threads)]
+    outcomes = [Outcome() for _ in range(job.threads)]
     threads = [
         threading.Thread(
             target=_record, args=(job, index, deadline, outcomes[index]), daemon=True
@@ -85,19 +70,19 @@ def _record_in_threads(job: Job) -> list[ThreadOutcome]:
     for thread in threads:
         while thread.is_alive():
             thread.join(timeout=_PROGRESS_SECONDS)
-            calls = sum(outcome.calls for outcome in outcomes)
-            errors = sum(outcome.errors for outcome in outcomes)
+            calls = sum(outcome.succeeded + outcome.failed for outcome in outcomes)
+            errors = sum(outcome.failed for outcome in outcomes)
             _say(f"progress {calls} {errors}")
 
     return outcomes
 
 
-def _record(job: Job, index: int, deadline: float, outcome: ThreadOutcome) -> None:
+def _record(job: Job, index: int, deadline: float, outcome: Outcome) -> None:
     """Call record_tokens this thread's share of times, or until the deadline."""
     source = CallSource(job.providers, 1, seed=job.seed + index)
     calls = None if job.calls is None else share(job.calls, job.threads, index)
 
-    while _more(outcome.calls, calls, deadline):
+    while _more(outcome.succeeded + outcome.failed, calls, deadline):
         call = source.next_call()
         started = time.perf_counter()
         try:
@@ -105,12 +90,12 @@ def _record(job: Job, index: int, deadline: float, outcome: ThreadOutcome) -> No
         except Exception as exc:  # a thread's edge: count it, keep the run going
             outcome.latency.add(time.perf_counter() - started)
             outcome.unconfirmed.add_call(*_fields(call))
-            outcome.errors += 1
+            outcome.failed += 1
             outcome.reasons[describe(exc)] += 1
         else:
             outcome.latency.add(time.perf_counter() - started)
             outcome.sent.add_call(*_fields(call))
-        outcome.calls += 1
+            outcome.succeeded += 1
 
 
 def _more(done: int, calls: int | None, deadline: float) -> bool:
@@ -124,21 +109,17 @@ def _fields(call: Call) -> tuple[str, int, int]:
     return call.provider, call.input_tokens, call.output_tokens
 
 
-def _result(outcomes: list[ThreadOutcome]) -> dict[str, Any]:
-    sent, unconfirmed, latency = Tally(), Tally(), LatencyHistogram()
-    reasons: Counter[str] = Counter()
+def _result(outcomes: list[Outcome]) -> dict[str, Any]:
+    total = Outcome()
     for outcome in outcomes:
-        sent.merge(outcome.sent)
-        unconfirmed.merge(outcome.unconfirmed)
-        latency.merge(outcome.latency)
-        reasons.update(outcome.reasons)
+        total.merge(outcome)
 
     return {
-        "sent": sent.to_json(),
-        "unconfirmed": unconfirmed.to_json(),
-        "latency": latency.to_json(),
-        "errors": sum(outcome.errors for outcome in outcomes),
-        "reasons": dict(reasons),
+        "sent": total.sent.to_json(),
+        "unconfirmed": total.unconfirmed.to_json(),
+        "latency": total.latency.to_json(),
+        "errors": total.failed,
+        "reasons": dict(total.reasons),
     }
 
 
